@@ -1,0 +1,18 @@
+"""Every figure ebmlab draws. Notebooks, the CLI and sweeps call these; nothing is plotted twice.
+
+Functions return a matplotlib Figure (and save it when given ``path``). Matplotlib runs headless
+(Agg) unless a notebook backend is already active.
+"""
+
+from .samples import image_grid, plot_chain_snapshots, plot_samples, plot_toy_density, save_image_grid
+from .traces import plot_chain_traces, plot_training_curves
+
+__all__ = [
+    "image_grid",
+    "plot_chain_snapshots",
+    "plot_chain_traces",
+    "plot_samples",
+    "plot_toy_density",
+    "plot_training_curves",
+    "save_image_grid",
+]
