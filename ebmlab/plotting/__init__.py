@@ -4,10 +4,15 @@ Functions return a matplotlib Figure (and save it when given ``path``). Matplotl
 (Agg) unless a notebook backend is already active.
 """
 
+from .diagnostics import plot_anatomy_diagnostics, plot_long_run
 from .samples import image_grid, plot_chain_snapshots, plot_samples, plot_toy_density, save_image_grid
+from .sweeps import plot_sweep_summary
 from .traces import plot_chain_traces, plot_training_curves
 
 __all__ = [
+    "plot_anatomy_diagnostics",
+    "plot_long_run",
+    "plot_sweep_summary",
     "image_grid",
     "plot_chain_snapshots",
     "plot_chain_traces",
