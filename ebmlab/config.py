@@ -33,7 +33,7 @@ def _f(default, *, choices=None, lo=None, hi=None, lo_open=False):
 
 
 DATASETS = ("mnist5k", "mnist", "fashion-mnist", "cifar10", "gmm8", "rings")
-MODELS = ("anatomy-vanilla", "anatomy-nonlocal", "shortrun", "toy")
+MODELS = ("anatomy-vanilla", "anatomy-nonlocal", "shortrun", "coopnets", "toy")
 SAMPLERS = ("langevin", "sgld", "sgd", "mala")
 INITS = ("uniform", "gaussian", "data", "persistent", "buffer", "generator")
 OPTIMS = ("adam", "sgd")

@@ -187,7 +187,8 @@ def load_torchvision(name: str, root: str, image_size: int, download: bool = Tru
         else:
             err = None
         raise FileNotFoundError(
-            f"{_TV[name]} files were not found under {where} and could not be downloaded"
+            f"{_TV[name]} files were not found under {where} (or failed torchvision's checksum check) and "
+            f"could not be downloaded"
             f"{f' ({type(err).__name__}: {err})' if err else ' (data.download=false)'}. "
             f"Put torchvision's files there (e.g. download them on a machine with network via "
             f"torchvision.datasets.{_TV[name]}('{root}', download=True) and copy the folder), set data.root to "

@@ -5,6 +5,10 @@ initialisation, without writing back, and its sampler), scores them with the dat
 says whether the quality threshold behind ``time_to_quality`` is met:
 
 - toy targets: grid KL(p_true ‖ p_model) and sample MMD; threshold ``toy_kl <= TOY_KL_THRESHOLD``.
+- digits (``mnist5k``, ``mnist``): the shipped LeNet's metrics (:mod:`ebmlab.metrics.digits`) against the
+  held-out digits; "realistic digits" means ``confident_frac >= 0.9``, all 10 classes present and
+  ``lenet_fid`` within ``DIGIT_FID_FACTOR`` of the FID between real training and held-out digits.
+- other datasets: no offline metric (Inception FID needs its weights; see :mod:`ebmlab.metrics.inception`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from .data import Dataset
 from .samplers import sample
 
 TOY_KL_THRESHOLD = 0.15  # grid KL below which the 8 modes / 4 rings are all clearly in place
+DIGIT_CONFIDENT = 0.9  # issue 4: at least 90% of samples confidently classified
+DIGIT_FID_FACTOR = 3.0  # lenet_fid at most 3x that of real digits vs the held-out digits
 
 
 class Evaluator:
@@ -59,10 +65,34 @@ class ToyEvaluator(Evaluator):
         return metrics.get("toy_kl", float("inf")) <= TOY_KL_THRESHOLD
 
 
+class DigitEvaluator(Evaluator):
+    def __init__(self, cfg, data, chunk=500):
+        super().__init__(cfg, data, chunk)
+        from .metrics.digits import real_data_baseline, reference_stats
+
+        size = data.heldout.shape[-1]
+        # mnist5k: the 500 held-out digits (digit_metrics' default); full MNIST: its test split
+        self.reference = None if data.name == "mnist5k" else reference_stats(data.heldout[:10000])
+        self.baseline = real_data_baseline(n=min(cfg.train.eval_n, 4500), image_size=size)
+
+    def score(self, net, samples):
+        from .metrics.digits import digit_metrics
+
+        m = digit_metrics(samples, self.reference)
+        m["lenet_fid_ratio"] = m["lenet_fid"] / self.baseline["lenet_fid"]
+        return m
+
+    def quality_met(self, metrics):
+        return (metrics.get("confident_frac", 0.0) >= DIGIT_CONFIDENT and metrics.get("mode_coverage", 0.0) >= 1.0
+                and metrics.get("lenet_fid_ratio", float("inf")) <= DIGIT_FID_FACTOR)
+
+
 def make_evaluator(cfg: Config, data: Dataset) -> Evaluator | None:
     """The evaluator for ``data`` (None where no offline metric exists)."""
     if data.is_toy:
         return ToyEvaluator(cfg, data)
+    if data.name in ("mnist5k", "mnist"):
+        return DigitEvaluator(cfg, data)
     return None
 
 

@@ -158,6 +158,58 @@ class ToyNet(EnergyNet):
         return self.f(x).reshape(x.shape[0])
 
 
+class CoopNetsDescriptor(EnergyNet):
+    """CoopNets' descriptor (jianwen-xie/CoopNets model/model.py, the "scene" net): conv5x5/2 (n_f) ->
+    conv3x3/2 (2n_f) -> conv3x3/1 (4n_f), LeakyReLU 0.2, then a conv over the whole map to 100 outputs.
+
+    The official code ascends f = sum of the 100 outputs with a Gaussian reference; here E = −f and the
+    reference is the sampler's ``ref_sigma``. Input Tensor[B, C, S, S] -> Tensor[B].
+    """
+
+    def __init__(self, n_c=3, n_f=64, image_size=32, act="leaky_relu", leak=0.2, n_out=100):
+        super().__init__()
+        a = lambda: activation(act, leak)  # noqa: E731
+        k = (image_size + 3) // 4
+        self.f = nn.Sequential(
+            nn.Conv2d(n_c, n_f, 5, 2, 2), a(),
+            nn.Conv2d(n_f, 2 * n_f, 3, 2, 1), a(),
+            nn.Conv2d(2 * n_f, 4 * n_f, 3, 1, 1), a(),
+            nn.Conv2d(4 * n_f, n_out, k, 1, 0),
+        )
+
+    def forward(self, x):
+        return -self.f(x).flatten(1).sum(1)
+
+
+class Generator(nn.Module):
+    """DCGAN-style generator g(z) for CoopNets: z [B, latent] -> images [B, C, S, S] in (−1, 1).
+
+    Transposed convolutions with batch normalisation and LeakyReLU 0.2 (as the official code's
+    custom_ops), tanh output; widths 8n_f, 4n_f, 2n_f from a 4x4 map. S = 28: 4 -> 7 -> 14 -> 28;
+    S = 32: 4 -> 8 -> 16 -> 32 (jianwen-xie/CoopNets model/model.py, generator for mnist).
+    """
+
+    def __init__(self, n_c=1, image_size=28, latent_dim=100, n_f=64, leak=0.2):
+        super().__init__()
+        if image_size not in (28, 32):
+            raise ValueError(f"generator supports 28 or 32 pixels, got {image_size}")
+        self.latent_dim = latent_dim
+        first = (3, 2, 1) if image_size == 28 else (4, 2, 1)  # 4 -> 7 or 4 -> 8
+
+        def block(cin, cout, k, s, p):
+            return [nn.ConvTranspose2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(leak)]
+
+        self.net = nn.Sequential(
+            *block(latent_dim, 8 * n_f, 4, 1, 0),
+            *block(8 * n_f, 4 * n_f, *first),
+            *block(4 * n_f, 2 * n_f, 4, 2, 1),
+            nn.ConvTranspose2d(2 * n_f, n_c, 4, 2, 1), nn.Tanh(),
+        )
+
+    def forward(self, z):
+        return self.net(z.view(z.shape[0], self.latent_dim, 1, 1))
+
+
 def apply_spectral_norm(net: nn.Module) -> nn.Module:
     """Wrap every conv/linear weight in torch's spectral_norm parametrization.
 
@@ -182,7 +234,8 @@ def build_energy(cfg: ModelConfig, sample_shape: tuple[int, ...]) -> EnergyNet:
         c, s, _ = sample_shape
         if s not in (28, 32):
             raise ValueError(f"image nets support 28 or 32 pixels, got {s}")
-        cls = {"anatomy-vanilla": VanillaNet, "anatomy-nonlocal": NonLocalNet, "shortrun": ShortRunNet}[cfg.name]
+        cls = {"anatomy-vanilla": VanillaNet, "anatomy-nonlocal": NonLocalNet, "shortrun": ShortRunNet,
+               "coopnets": CoopNetsDescriptor}[cfg.name]
         net = cls(c, cfg.n_f, s, cfg.activation, cfg.leak)
     if cfg.spectral_norm:
         apply_spectral_norm(net)

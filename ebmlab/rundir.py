@@ -8,6 +8,9 @@
 
 Every file is written to a temporary name and renamed, so a kill at any moment leaves the previous
 version readable. Checkpoints load with ``weights_only=True``: loading never runs code.
+
+Only the checkpoint functions import torch: the JSON and atomic-write helpers serve torch-free callers
+too (``ebmlab.sweep`` and its cluster jobs, ``ebmlab --help``), which should not pay seconds of torch import.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 STATUSES = ("completed", "diverged", "failed", "running")
 
 
@@ -29,7 +30,8 @@ class RunFolderError(FileExistsError):
 
 
 def _jsonable(v):
-    if isinstance(v, torch.Tensor):
+    # Tensors are recognised by duck typing, so writing JSON never imports torch.
+    if hasattr(v, "numel") and hasattr(v, "tolist"):
         v = v.item() if v.numel() == 1 else v.tolist()
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)  # JSON has no NaN/inf; keep them readable
@@ -56,8 +58,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def write_json(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n").encode())
+def write_json(path, obj, *, sort_keys: bool = True, default=None) -> None:
+    """Atomically write `obj` as indented JSON. ``sort_keys=False`` keeps the caller's key order where it
+    means something (a sweep's grid axes); ``default`` converts values JSON lacks (``str`` for dates)."""
+    text = json.dumps(_jsonable(obj), indent=2, sort_keys=sort_keys, default=default) + "\n"
+    atomic_write_bytes(path, text.encode())
 
 
 def read_json(path):
@@ -95,6 +100,8 @@ def truncate_jsonl(path, max_iteration: int) -> None:
 
 def save_checkpoint(path, state: dict) -> None:
     """torch.save to a temporary file, then rename (atomic)."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -109,7 +116,21 @@ def save_checkpoint(path, state: dict) -> None:
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
+    import torch
+
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def resume_args(path) -> dict[str, bool]:
+    """``train(cfg, path, **resume_args(path))``: continue from ``path/checkpoints/last.pt`` when it exists,
+    else start afresh, replacing what an attempt killed before its first checkpoint left there.
+
+    This makes a notebook idempotent: executed again in the same ``out_dir`` (a sweep retrying a run, a
+    cluster job requeued after preemption), it resumes its training instead of starting over or refusing
+    the non-empty folder.
+    """
+    has_checkpoint = RunDir(path).checkpoint.exists()
+    return {"resume": has_checkpoint, "overwrite": not has_checkpoint}
 
 
 class RunDir:
