@@ -184,8 +184,10 @@ def train(cfg: Config, out_dir, resume: bool = False, overwrite: bool = False, e
     last_rec: dict = {}
     final_metrics: dict = {}
 
+    eval_s = 0.0  # evaluation time is not training time: time_to_quality and wall_seconds exclude it
+
     def wall() -> float:
-        return wall_before + time.perf_counter() - t_start
+        return wall_before + time.perf_counter() - t_start - eval_s
 
     def checkpoint(i):
         save_checkpoint(rd.checkpoint, {
@@ -194,8 +196,10 @@ def train(cfg: Config, out_dir, resume: bool = False, overwrite: bool = False, e
             "time_to_quality": ttq, "config": cfg.to_dict()})
 
     def evaluate(i) -> dict:
-        nonlocal ttq
+        nonlocal ttq, eval_s
+        t_eval = time.perf_counter()
         metrics = evaluator(net, init, seed=tc.seed + 7919 * (i + 1))
+        eval_s += time.perf_counter() - t_eval
         append_jsonl(rd.metrics, {"iteration": i, "wall": round(wall(), 3), "eval": True, **metrics})
         if ttq is None and evaluator.quality_met(metrics):
             ttq = {"iteration": i, "wall_seconds": round(wall(), 3)}
@@ -277,6 +281,7 @@ def train(cfg: Config, out_dir, resume: bool = False, overwrite: bool = False, e
         if pbar is not None:
             pbar.close()
         summary.update(iterations_done=it, wall_seconds=round(wall(), 3), setup_seconds=round(setup_s, 3),
+                       eval_seconds=round(eval_s, 3),
                        time_to_quality=ttq, final=last_rec, final_metrics=final_metrics)
         write_json(rd.summary, summary)
     return Run(cfg, net, data, init, rd, summary, device)
@@ -299,3 +304,25 @@ def load_run(run_dir, device: str | torch.device = "auto", data: Dataset | None 
     init.load_state_dict(ckpt["init"])
     summary = rd.read_summary() or {}
     return Run(cfg, net, data, init, rd, summary, dev)
+
+
+def ensure_trained(cfg: Config, out_dir, evaluator="auto") -> Run:
+    """Train into ``out_dir``, or pick up what is already there: the notebook/sweep entry point.
+
+    - no run yet: train from scratch;
+    - a run with a checkpoint that did not finish (kill, disconnect, preemption): resume it;
+    - a completed run of the same config and length: load it without training again.
+    Re-running a notebook cell (or a requeued sweep job) therefore never starts a run over. A folder
+    holding a different config raises (use a new folder or delete it).
+    """
+    rd = RunDir(out_dir)
+    if not rd.checkpoint.exists():
+        return train(cfg, out_dir, overwrite=rd.exists(), evaluator=evaluator)
+    saved = Config.from_dict(read_json(rd.config))
+    _check_resume_config(saved, cfg)
+    summary = rd.read_summary() or {}
+    done = summary.get("status") in ("completed", "diverged") and summary.get("iterations") == cfg.train.iterations
+    if done:
+        run = load_run(out_dir, cfg.train.device)
+        return run
+    return train(cfg, out_dir, resume=True, evaluator=evaluator)
