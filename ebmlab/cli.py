@@ -4,7 +4,7 @@
     ebmlab train [--preset P] [--set key=value ...] --out DIR [--resume | --overwrite]
     ebmlab sample --run DIR [--sampler NAME] [--steps K] [--n N] [--set sampler.key=value ...] --out FILE.png
     ebmlab eval --run DIR [--n N] [--sampler NAME] [--steps K]
-    ebmlab sweep NOTEBOOK --grid key=v1,v2 ... --out DIR      (see ebmlab.sweep)
+    ebmlab sweep NOTEBOOK --grid key=v1,v2 ... --out DIR [--executor local|submitit-local|slurm] [--status]
     ebmlab study NAME --out DIR                                (a study's default sweep)
 """
 

@@ -200,9 +200,10 @@ def train(cfg: Config, out_dir, resume: bool = False, overwrite: bool = False, e
         t_eval = time.perf_counter()
         metrics = evaluator(net, init, seed=tc.seed + 7919 * (i + 1))
         eval_s += time.perf_counter() - t_eval
-        append_jsonl(rd.metrics, {"iteration": i, "wall": round(wall(), 3), "eval": True, **metrics})
+        w = round(wall(), 3)
+        append_jsonl(rd.metrics, {"iteration": i, "wall": w, "eval": True, **metrics})
         if ttq is None and evaluator.quality_met(metrics):
-            ttq = {"iteration": i, "wall_seconds": round(wall(), 3)}
+            ttq = {"iteration": i, "wall_seconds": w}
         return metrics
 
     pbar = None

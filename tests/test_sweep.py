@@ -348,3 +348,17 @@ def test_plot_sweep_summary_axes(tmp_path, axes):
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     if axes:
         assert any("diverged" in t for t in texts)
+
+
+# ------------------------------------------------------------------------------- the notebook contract
+def test_resume_args_resume_when_a_checkpoint_exists(tmp_path):
+    from ebmlab.rundir import resume_args
+
+    run = tmp_path / "train"
+    assert resume_args(run) == {"resume": False, "overwrite": True}  # nothing yet: start
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("{}\n")  # an attempt killed before its first checkpoint
+    assert resume_args(run) == {"resume": False, "overwrite": True}  # start over: nothing to resume from
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    assert resume_args(run) == {"resume": True, "overwrite": False}

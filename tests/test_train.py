@@ -113,3 +113,23 @@ def test_cli_train_refuses_existing_folder_and_samples(tmp_path, capsys):
     assert "sampler.step_size" in capsys.readouterr().err
     assert cli_main(["presets"]) == 0
     assert "quick-mnist5k" in capsys.readouterr().out
+
+
+def test_cli_eval_writes_eval_json(tmp_path, capsys):
+    out = tmp_path / "ev"
+    cfg = get_preset("quick-gmm8", _quiet({"train.iterations": 3, "train.eval_every": 0}))
+    train(cfg, out)
+    assert cli_main(["eval", "--run", str(out), "--n", "200", "--sampler", "mala", "--steps", "5"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["sampler"] == "mala" and result["n"] == 200
+    assert {"toy_kl", "toy_mmd"} <= result["metrics"].keys()
+
+
+def test_eval_records_time_to_quality(tmp_path):
+    cfg = get_preset("quick-gmm8", _quiet({"train.iterations": 400, "train.eval_every": 100}))
+    run = train(cfg, tmp_path / "ttq")
+    evals = [r for r in run.records if r.get("eval")]
+    assert [r["iteration"] for r in evals] == [100, 200, 300, 400]
+    ttq = run.summary["time_to_quality"]
+    first_good = next(r for r in evals if r["toy_kl"] <= 0.15)
+    assert ttq == {"iteration": first_good["iteration"], "wall_seconds": first_good["wall"]}

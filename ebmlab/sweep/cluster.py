@@ -37,6 +37,7 @@ from ._common import SweepError, import_root, now, read_json, write_json
 from .runner import _pid_alive
 
 _OUTCOMES = ("completed", "failed", "diverged")
+SLURM_POLL_S = 10.0  # how often a waiting sweep looks at its SLURM jobs (submitit rate-limits sacct anyway)
 _MEM = re.compile(r"^\d+(\.\d+)?[KMGT]?B?$", re.IGNORECASE)
 
 
@@ -149,6 +150,16 @@ def _record_job(run_dir: Path, executor: str, job) -> None:
         "folder": str(job.paths.folder), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
 
 
+def _local_job_alive(pid: int) -> bool:
+    """Is the LocalExecutor controller with this pid still running? (Its job id is its pid.)"""
+    if not _pid_alive(pid):
+        return False
+    try:  # a pid reused by an unrelated process must not hold the run back forever
+        return b"submitit" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # no /proc (macOS): trust the pid
+        return True
+
+
 def jobs_alive(records: list[dict]) -> list[bool]:
     """For each job.json record: is its job still queued or running?
 
@@ -161,7 +172,7 @@ def jobs_alive(records: list[dict]) -> list[bool]:
     slurm = [i for i, r in enumerate(records) if r.get("executor") == "slurm"]
     for i, r in enumerate(records):
         if r.get("executor") == "submitit-local":
-            alive[i] = r.get("host") == socket.gethostname() and _pid_alive(int(r.get("job_id", 0)))
+            alive[i] = r.get("host") == socket.gethostname() and _local_job_alive(int(r.get("job_id") or 0))
     if slurm:
         try:
             import submitit
@@ -203,9 +214,9 @@ def _finished(run_dir: Path, job, executor: str, attempt0: int) -> dict | None:
     # The job is over and left no outcome: it was killed (scancel, out of memory, a lost node), gave up
     # after too many requeues, or failed before the notebook started (see its log). Nothing else writes
     # run.json any more, so the sweep records the failure there; --retry-failed resumes the run.
-    was = f"; the run was {rec['error']}" if rec.get("status") == "pending" and rec.get("error") else ""
     rec.update(status="failed", ended=now(), traceback=_log_tail(job),
-               error=f"{executor} job {job.job_id} ended without finishing the run (job state {job.state}{was}); "
+               error=f"{executor} job {job.job_id} ended without finishing the run (killed, out of memory, "
+                     f"requeued too often, or failed before the notebook started; job state {job.state}); "
                      f"its log: {job.paths.stderr}")
     write_json(run_dir / "run.json", rec)
     return rec
@@ -228,8 +239,13 @@ def run_on_cluster(plan, todo, executor: str, opts: ClusterOptions, workers: int
 
     submitted = {}
     if executor == "slurm":  # one job array; SLURM limits how many run at once
-        with _job_environment():
-            jobs = ex.submit_array([job_for(rid, p) for rid, p in todo])
+        try:
+            with _job_environment():
+                jobs = ex.submit_array([job_for(rid, p) for rid, p in todo])
+        except Exception as e:  # sbatch refused: a partition, account or limit the cluster does not have
+            raise SweepError(f"sbatch refused the job array, so nothing was submitted: {e}\nfix the --slurm-* "
+                             f"options (see `sinfo` and `sacctmgr show assoc user=$USER`) and run the same "
+                             f"command again") from e
         for (rid, _), job in zip(todo, jobs):
             _record_job(plan.run_dir(rid), executor, job)
         submitted = {rid: job for (rid, _), job in zip(todo, jobs)}
@@ -250,7 +266,7 @@ def run_on_cluster(plan, todo, executor: str, opts: ClusterOptions, workers: int
         return job
 
     bar = make_progress(plan, todo, progress)
-    poll = 0.25 if executor == "submitit-local" else 10.0  # sacct calls are rate-limited by submitit anyway
+    poll = 0.25 if executor == "submitit-local" else SLURM_POLL_S
     queue, running = list(todo), {}
     try:
         while queue or running:

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._common import RESERVED, SweepError, nearest, now, read_json, write_json
+from .cluster import jobs_alive
 from .params import coerce_value, expand_grid, notebook_parameters, run_id
+from .runner import effective_status
 
 
 @dataclass
@@ -148,9 +150,6 @@ def pending_runs(plan: SweepPlan, retry_failed: bool = False) -> list[tuple[str,
     earlier with --no-wait). Runs that are neither are taken to be orphaned and run again; their notebook
     resumes from its checkpoint.
     """
-    from .cluster import jobs_alive
-    from .runner import effective_status
-
     recs = {rid: read_json(plan.run_dir(rid) / "run.json") for rid, _ in plan.runs}
     status = {rid: effective_status(rec) for rid, rec in recs.items()}
     jobs = {rid: read_json(plan.run_dir(rid) / "job.json") for rid, _ in plan.runs
