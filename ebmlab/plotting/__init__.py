@@ -5,6 +5,7 @@ Functions return a matplotlib Figure (and save it when given ``path``). Matplotl
 """
 
 from .diagnostics import plot_anatomy_diagnostics, plot_long_run
+from .explore import plot_explorer
 from .samples import image_grid, plot_chain_snapshots, plot_samples, plot_toy_density, save_image_grid
 from .sweeps import plot_sweep_summary
 from .traces import plot_chain_traces, plot_training_curves
@@ -16,6 +17,7 @@ __all__ = [
     "image_grid",
     "plot_chain_snapshots",
     "plot_chain_traces",
+    "plot_explorer",
     "plot_samples",
     "plot_toy_density",
     "plot_training_curves",
