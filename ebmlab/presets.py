@@ -63,7 +63,10 @@ PRESETS: dict[str, tuple[str, dict]] = {
         {
             "data.name": "mnist5k", "data.image_size": 28, "data.noise": 0.03,
             "model.name": "anatomy-vanilla", "model.n_f": 16, "model.leak": 0.2,
-            "sampler.name": "sgld", "sampler.step_size": 1.0, "sampler.noise": 0.01, "sampler.n_steps": 30,
+            # clamping the chains to the data range keeps early training stable: without it the
+            # unclamped step-1 chains ran off and the energy of the samples diverged near iteration 180
+            "sampler.name": "sgld", "sampler.step_size": 1.0, "sampler.noise": 0.01, "sampler.n_steps": 20,
+            "sampler.clamp": True,
             "init.name": "buffer", "init.buffer_size": 10000, "init.reinit_prob": 0.05,
             "optim.name": "adam", "optim.lr": 3e-4, "optim.betas": [0.5, 0.999],
             "reg.l2_energy": 0.0,
