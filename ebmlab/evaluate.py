@@ -57,7 +57,13 @@ class ToyEvaluator(Evaluator):
             was = net.training
             net.eval()
             try:
-                return toy_metrics(self.data.target, net, samples)
+                # the model density is exp(-E/T) with T the sampler's temperature (T = eps^2/2 for the
+                # ebm-anatomy presets, whose sgld runs with eta = 1, sigma = eps); noise-free samplers: T = 1
+                from .studies import TemperedEnergy, sampler_temperature
+
+                t = sampler_temperature(self.cfg.sampler)
+                energy = TemperedEnergy(net, t) if t > 0 and t != 1.0 else net
+                return toy_metrics(self.data.target, energy, samples)
             finally:
                 net.train(was)
 
