@@ -240,15 +240,6 @@ def test_panel_starts_from_a_result_without_rerunning(model, monkeypatch):
 
 # --- the notebook ---------------------------------------------------------------------------------------
 
-def _kernel_available() -> bool:
-    try:
-        from jupyter_client.kernelspec import KernelSpecManager
-
-        KernelSpecManager().get_kernel_spec("python3")
-    except Exception:
-        return False
-    return True
-
 
 def test_notebook_pair_in_sync_with_colab_metadata():
     jupytext = pytest.importorskip("jupytext")
@@ -271,7 +262,6 @@ def test_notebook_pair_in_sync_with_colab_metadata():
     assert not any(s in c.source for c in code for s in ("torch.randn", "autograd", ".backward("))
 
 
-@pytest.mark.skipif(not _kernel_available(), reason="papermill needs the python3 Jupyter kernel")
 def test_notebook_runs_under_papermill_and_writes_its_figure(tmp_path, monkeypatch):
     papermill = pytest.importorskip("papermill")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # see one_thread

@@ -37,20 +37,6 @@ PARAMS = {"fail_above": "5", "diverge_above": "2"}
 TIMING = ("duration_s",)  # the columns that differ between two executions of the same runs
 
 
-def _kernel_available() -> bool:
-    try:
-        from jupyter_client.kernelspec import KernelSpecManager
-
-        KernelSpecManager().get_kernel_spec("python3")
-    except Exception:
-        return False
-    return True
-
-
-needs_kernel = pytest.mark.skipif(not _kernel_available(), reason="papermill needs the python3 Jupyter kernel "
-                                                                   "(pip install ipykernel)")
-
-
 def _cli(*argv) -> int:
     p = argparse.ArgumentParser(prog="ebmlab")
     sub = p.add_subparsers(dest="command", required=True)
@@ -88,7 +74,6 @@ def _shared_files(out: Path) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------------- submitit-local
-@needs_kernel
 def test_submitit_local_gives_the_local_executors_results(tmp_path):
     sweep.run_sweep(NB, GRID, PARAMS, tmp_path / "local", workers=2, progress=False)
     rows = sweep.run_sweep(NB, GRID, PARAMS, tmp_path / "sub", workers=2, progress=False, executor="submitit-local")
@@ -107,7 +92,6 @@ def test_submitit_local_gives_the_local_executors_results(tmp_path):
     assert set(_shared_files(tmp_path / "sub")) == {"sweep.json", "results.csv", "summary.png", ".sweep.lock"}
 
 
-@needs_kernel
 def test_preempted_and_killed_job_resumes_from_its_checkpoint(tmp_path):
     out = tmp_path / "out"
     run = out / "runs" / "default"
@@ -201,7 +185,6 @@ def fake_slurm(tmp_path, monkeypatch):
             os.killpg(pid, signal.SIGTERM)
 
 
-@needs_kernel
 def test_slurm_job_array_status_while_pending_and_resubmission(fake_slurm, tmp_path, capsys):
     out = tmp_path / "out"
     (fake_slurm / "hold").touch()  # the stand-in scheduler keeps every job pending while this file exists

@@ -29,20 +29,6 @@ PARAMS = {"fail_above": "5", "diverge_above": "2"}
 EXPECTED = {"a=1__b=0.5": "completed", "a=1__b=3.0": "diverged", "a=2__b=0.5": "completed", "a=2__b=3.0": "failed"}
 
 
-def _kernel_available() -> bool:
-    try:
-        from jupyter_client.kernelspec import KernelSpecManager
-
-        KernelSpecManager().get_kernel_spec("python3")
-    except Exception:
-        return False
-    return True
-
-
-needs_kernel = pytest.mark.skipif(not _kernel_available(), reason="papermill needs the python3 Jupyter kernel "
-                                                                   "(pip install ipykernel)")
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ebmlab")
     sub = p.add_subparsers(dest="command", required=True)
@@ -68,8 +54,6 @@ def _csv(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """The 2x2 sweep, run once with two workers."""
-    if not _kernel_available():
-        pytest.skip("no python3 Jupyter kernel (pip install ipykernel)")
     out = tmp_path_factory.mktemp("sweep") / "out"
     rows = sweep.run_sweep(NB, GRID, PARAMS, out, workers=2, progress=False)
     return out, rows
@@ -83,7 +67,6 @@ def copy_of(swept, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- sweeps that run
-@needs_kernel
 def test_statuses_metrics_and_results_csv(swept):
     out, rows = swept
     assert {r["run_id"]: r["status"] for r in rows} == EXPECTED
@@ -107,13 +90,11 @@ def test_statuses_metrics_and_results_csv(swept):
     assert sweep.status_counts(out) == {"pending": 0, "running": 0, "completed": 2, "failed": 1, "diverged": 1}
 
 
-@needs_kernel
 def test_summary_png_written(swept):
     png = swept[0] / "summary.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@needs_kernel
 def test_second_run_executes_nothing(copy_of):
     before = _records(copy_of)
     stamps = {d.name: (d / "notebook.ipynb").stat().st_mtime_ns for d in (copy_of / "runs").iterdir()}
@@ -123,7 +104,6 @@ def test_second_run_executes_nothing(copy_of):
     assert stamps == {d.name: (d / "notebook.ipynb").stat().st_mtime_ns for d in (copy_of / "runs").iterdir()}
 
 
-@needs_kernel
 def test_retry_failed_reruns_only_the_failed_run(copy_of, capsys):
     before = _records(copy_of)
     argv = ["sweep", NB, "--grid", "a=1,2", "--grid", "b=0.5,3", "-p", "fail_above=5", "-p", "diverge_above=2",
@@ -139,7 +119,6 @@ def test_retry_failed_reruns_only_the_failed_run(copy_of, capsys):
     assert "failed 1" in capsys.readouterr().out
 
 
-@needs_kernel
 def test_interrupted_sweep_resumes(copy_of):
     # A sweep killed mid-run leaves run.json 'running' with a process that no longer exists.
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
@@ -157,7 +136,6 @@ def test_interrupted_sweep_resumes(copy_of):
     assert all(after[r] == before[r] for r in EXPECTED if r != "a=1__b=0.5")  # the failed one not retried
 
 
-@needs_kernel
 def test_study_cli_runs_default_grid(tmp_path, monkeypatch, capsys):
     nbdir = tmp_path / "notebooks"
     (nbdir / "grids").mkdir(parents=True)
