@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -340,3 +341,16 @@ def test_resume_args_resume_when_a_checkpoint_exists(tmp_path):
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "last.pt").write_bytes(b"")
     assert resume_args(run) == {"resume": True, "overwrite": False}
+
+
+def test_workers_share_the_cores(monkeypatch):
+    from ebmlab.sweep.executors import worker_env
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    env = worker_env(4, base={"PATH": "/bin"})
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
+    assert worker_env(16, base={})["OMP_NUM_THREADS"] == "1"  # never zero threads
+    assert worker_env(2, base={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the user's setting wins
+    from ebmlab.sweep._common import import_root
+
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == import_root()  # workers import this ebmlab

@@ -78,6 +78,21 @@ def _execute(plan: SweepPlan, todo, workers: int, progress: bool, timeout) -> No
         bar.close()
 
 
+def worker_env(workers: int, base: dict | None = None) -> dict:
+    """The environment of a sweep worker process (and so of its notebook's kernel).
+
+    Each of ``workers`` concurrent runs gets an equal share of the cores as its BLAS/OpenMP thread count
+    (torch otherwise starts one thread per core in every worker, and N workers oversubscribe the machine
+    N-fold, which on 2 cores made each run up to 20x slower). A thread count the user already set wins.
+    """
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [import_root(), env.get("PYTHONPATH")]))
+    share = str(max(1, (os.cpu_count() or 1) // max(1, int(workers))))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, share)
+    return env
+
+
 def _run_in_subprocesses(plan: SweepPlan, todo, workers: int, timeout, done) -> None:
     """Up to `workers` runs at once, each ``python -m ebmlab.sweep SPEC`` calling :func:`run_one`.
 
@@ -85,8 +100,7 @@ def _run_in_subprocesses(plan: SweepPlan, todo, workers: int, timeout, done) -> 
     script without a ``__main__`` guard would start sweeps recursively), and fork copies a parent holding
     threads (tqdm, zmq). Each run's output, including its kernel's stderr, goes to ``<run>/sweep.log``.
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [import_root(), env.get("PYTHONPATH")]))
+    env = worker_env(workers)
     queue, running = list(todo), {}
     try:
         while queue or running:
