@@ -110,10 +110,11 @@ COOPNETS_PRESETS: dict[str, tuple[str, dict]] = {
     # CPU-sized: the official descriptor, step 0.002 and lr 0.007 need tens of thousands of iterations; in
     # 600 iterations on 2 cores they gave noise (energies near -2.5e4, no confident digits). This preset
     # keeps CoopNets' structure (generator-initialised chains, generator regressed onto the revisions,
-    # sigma_G 0.3, Adam beta1 0.5) but uses quick-mnist5k's EBM and sampler (anatomy net n_f 16, sgld
-    # eta 1 / sigma 0.01, 20 clamped steps, lr 3e-4, no Gaussian reference) and a faster generator (1e-3).
+    # sigma_G 0.3, Adam beta1 0.5) but uses the EBM and sampler of quick-mnist5k's first version (anatomy
+    # net n_f 16, LeakyReLU 0.2, sgld eta 1 / sigma 0.01, 20 clamped steps, lr 3e-4, no Gaussian reference)
+    # and a faster generator (1e-3).
     "coopnets-mnist5k": (
-        "CPU CoopNets on the offline digits: quick-mnist5k's EBM taught by a generator, minutes on 2 cores",
+        "CPU CoopNets on the offline digits: a small short-run EBM taught by a generator, minutes on 2 cores",
         _coop("mnist5k", 28, 600, 64, 16, 16, {
             "model.name": "anatomy-vanilla", "data.noise": 0.03,
             "sampler.name": "sgld", "sampler.step_size": 1.0, "sampler.noise": 0.01, "sampler.n_steps": 20,

@@ -39,7 +39,7 @@
 #
 # A fourth setting matters as much: `quick-mnist5k` clamps its chains to the data range [-1, 1] after every
 # step (`sampler.clamp`), and with clamped chains none of these settings diverged in our runs (even 30× the
-# learning rate or 10× the step). Clamping bounds how far samples can run off, which is what the regularisers
+# preset's first learning rate, 3e-4, or 10× the step). Clamping bounds how far samples can run off, which is what the regularisers
 # are otherwise asked to do, so the notebook turns it off (`clamp_chains = False`) to test the regularisers
 # themselves; `clamp_chains = True` studies the preset as it is.
 #

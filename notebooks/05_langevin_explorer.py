@@ -122,13 +122,14 @@ print(f"wrote {paths['figure']} and {paths['metrics']}")
 #
 # Things to try:
 #
-# - **noise** on `sgld`: between 0.005 and 0.05 little changes, because the gradient step dominates;
-#   from about 0.1 the images get grainy and from 0.3 the chains no longer reach the data's energy.
-#   Untick *noise on* for plain gradient descent (`sgd` gives the same chains).
-# - **step size**: with small steps (0.1) the chains are still mostly noise after 100 steps; large ones
-#   (10) drive the energy far below the data's and saturate nearly every pixel.
-# - **steps**: the model was trained with 30-step chains continued from a replay buffer, so from fresh
-#   noise it needs more; past a few hundred steps the energy keeps falling below the data's.
+# - **noise** on `sgld`: up to about 0.1 the chains end at the same energy, because the gradient step
+#   dominates; at 0.3 the digits are speckled and many chains end as 8-like shapes. Untick *noise on*
+#   for plain gradient descent (`sgd` gives the same chains).
+# - **step size**: with small steps (0.1) the chains are still blobs of strokes after 100 steps; large ones
+#   (10) reach clean, saturated digits within about 5 steps, at an energy below the held-out digits'.
+# - **steps**: the model was trained with 10-step chains continued from a replay buffer, so from fresh
+#   noise it needs more (about 20 at step 1); past a few hundred steps the energy keeps falling below
+#   the data's and the strokes thicken.
 # - **start from** `data`: do real digits stay digits under the sampler, or drift? (ebm-anatomy's test
 #   of whether a model learned a density or only a short-run sampler.)
 # - **fresh chains**: new starting points and noise (the next seed).

@@ -46,6 +46,9 @@ def test_cross_field_rules():
         Config().with_overrides({"data.name": "gmm8"})
     with pytest.raises(ConfigError, match="image_size"):
         Config().with_overrides({"data.name": "cifar10", "data.image_size": 28})
+    with pytest.raises(ConfigError, match="optim.lr_min.*above optim.lr=0.0003"):
+        get_preset("quick-mnist5k", {"optim.lr": 3e-4})  # the preset decays 2e-3 to a 5e-4 floor
+    assert get_preset("quick-mnist5k", {"optim.lr": 3e-4, "optim.lr_decay": 1.0}).optim.lr == 3e-4
 
 
 def test_presets_all_validate():

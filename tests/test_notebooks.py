@@ -25,10 +25,10 @@ from ebmlab.colab import colab_badge  # noqa: E402
 from ebmlab.sweep import STUDIES, load_grid_file, plan_sweep, read_notebook  # noqa: E402
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = sorted(s.notebook for s in STUDIES.values())  # 00_quickstart.py ... 04_anatomy.py
+NOTEBOOKS = sorted({s.notebook for s in STUDIES.values()})  # 00_quickstart.py ... 04_anatomy.py
 COMMON = {"preset": "str", "overrides": "dict", "out_dir": "str", "seed": "int", "device": "str", "smoke": "bool"}
 KNOBS = {
-    "00_quickstart.py": {"iterations", "n_samples", "compare_steps"},
+    "00_quickstart.py": {"iterations", "eval_every", "eval_n", "n_samples", "compare_steps"},
     "01_regularization.py": {"spectral_norm", "l2_energy", "aggressive", "lr_factor", "step_factor", "iterations",
                              "compare_spectral_norm"},
     "02_sgd_sampling.py": {"sampler", "step_size", "noise", "temperature", "momentum", "n_steps", "iterations",
@@ -85,6 +85,11 @@ def test_default_grid_validates(study, tmp_path):
     grid, params = load_grid_file(NB_DIR / STUDIES[study].grid)
     plan = plan_sweep(NB_DIR / STUDIES[study].notebook, grid, params, tmp_path)
     assert 2 <= len(plan.runs) <= 8, "the default sweep is sized for ~15 minutes on 2 CPU cores"
+    from ebmlab.presets import get_preset
+
+    for _, run_params in plan.runs:  # config overrides in a grid are valid keys and values of the preset
+        if run_params.get("overrides"):
+            get_preset(run_params.get("preset", "quick-mnist5k"), run_params["overrides"])
 
 
 # ------------------------------------------------------------------------------------------------ smoke runs

@@ -21,6 +21,8 @@ class Study:
 STUDIES: dict[str, Study] = {
     "quickstart": Study("00_quickstart.py", "grids/quickstart.yaml",
                         "train the default preset; samples, diagnostics, every sampler"),
+    "quick-tuning": Study("00_quickstart.py", "grids/quick-tuning.yaml",
+                          "why quick-mnist5k is set as it is: the tuned preset against one-change ablations"),
     "regularization": Study("01_regularization.py", "grids/regularization.yaml",
                             "spectral norm x L2 energy penalty x aggressive/careful: which settings diverge"),
     "sgd-sampling": Study("02_sgd_sampling.py", "grids/sgd-sampling.yaml",
