@@ -304,10 +304,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.image_size: cifar10 images are 32x32; set data.image_size=32")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas: need two numbers in [0, 1), got {cfg.optim.betas!r}")
-    if cfg.optim.lr_decay < 1.0 and cfg.optim.lr_min > cfg.optim.lr:
-        # max(lr_min, lr * decay^t) would silently train at lr_min from the first step
-        raise ConfigError(f"optim.lr_min: the decay floor {cfg.optim.lr_min:g} is above optim.lr={cfg.optim.lr:g}; "
-                          f"lower optim.lr_min or set optim.lr_decay=1 (no decay)")
     if cfg.init.name == "generator" and toy:
         raise ConfigError("init.name: the generator initialisation (CoopNets) is for images, not toy 2D data")
     if cfg.train.device not in ("auto", "cpu", "cuda", "mps") and not cfg.train.device.startswith("cuda:"):

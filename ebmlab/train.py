@@ -65,10 +65,14 @@ def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
 
 
 def lr_at(cfg: Config, iteration: int) -> float:
-    """ebm-anatomy: lr ← max(lr_min, lr·decay) after every step; plus an optional linear warm-up."""
+    """ebm-anatomy: lr ← max(lr_min, lr·decay) after every step; plus an optional linear warm-up.
+
+    The floor never lifts the lr above its starting value: lowering ``optim.lr`` below a preset's
+    ``lr_min`` gives a constant lr rather than a jump up to the floor.
+    """
     o = cfg.optim
     lr = o.lr * o.lr_decay**iteration if o.lr_decay < 1.0 else o.lr
-    lr = max(o.lr_min, lr) if o.lr_decay < 1.0 else lr
+    lr = max(min(o.lr_min, o.lr), lr) if o.lr_decay < 1.0 else lr
     if o.warmup > 0:
         lr *= min(1.0, (iteration + 1) / o.warmup)
     return lr

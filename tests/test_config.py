@@ -46,9 +46,16 @@ def test_cross_field_rules():
         Config().with_overrides({"data.name": "gmm8"})
     with pytest.raises(ConfigError, match="image_size"):
         Config().with_overrides({"data.name": "cifar10", "data.image_size": 28})
-    with pytest.raises(ConfigError, match="optim.lr_min.*above optim.lr=0.0003"):
-        get_preset("quick-mnist5k", {"optim.lr": 3e-4})  # the preset decays 2e-3 to a 5e-4 floor
-    assert get_preset("quick-mnist5k", {"optim.lr": 3e-4, "optim.lr_decay": 1.0}).optim.lr == 3e-4
+
+
+def test_lr_floor_never_raises_the_lr():
+    from ebmlab.train import lr_at
+
+    cfg = get_preset("quick-mnist5k")  # 2e-3 decaying to a 5e-4 floor
+    assert lr_at(cfg, 0) == pytest.approx(2e-3) and lr_at(cfg, 2000) == pytest.approx(2e-3 * 0.99965**2000)
+    assert lr_at(cfg, 10**6) == pytest.approx(5e-4)
+    low = get_preset("quick-mnist5k", {"optim.lr": 1e-4})  # below the floor: constant, not lifted to 5e-4
+    assert lr_at(low, 0) == lr_at(low, 5000) == pytest.approx(1e-4)
 
 
 def test_presets_all_validate():
