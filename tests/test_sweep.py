@@ -354,3 +354,12 @@ def test_workers_share_the_cores(monkeypatch):
     from ebmlab.sweep._common import import_root
 
     assert env["PYTHONPATH"].split(os.pathsep)[0] == import_root()  # workers import this ebmlab
+
+
+def test_dict_axis_labels_are_short_key_value_lines():
+    from ebmlab.plotting.sweeps import _label
+
+    assert _label({}) == "(none)" and _label("{}") == "(none)"  # results.csv stores dicts as JSON
+    assert _label('{"optim.lr": 0.0003, "optim.lr_decay": 1.0}') == "lr=0.0003\nlr_decay=1"
+    assert _label({f"k{i}": i for i in range(6)}).split("\n")[-1] == "+3 more"
+    assert _label("{not json") == "{not json" and _label(0.5) == "0.5"

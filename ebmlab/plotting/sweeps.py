@@ -18,9 +18,19 @@ def _key(v) -> str:
 
 
 def _label(v) -> str:
+    if isinstance(v, str) and v[:1] in "{[":  # a dict/list parameter as results.csv stores it (JSON)
+        try:
+            v = json.loads(v)
+        except ValueError:
+            return v
     if isinstance(v, float):
         return f"{v:g}"
-    if isinstance(v, (dict, list)):
+    if isinstance(v, dict):  # e.g. an `overrides` axis: one short "key=value" line per entry
+        if not v:
+            return "(none)"
+        lines = [f"{str(k).rsplit('.', 1)[-1]}={_label(x)}" for k, x in v.items()]
+        return "\n".join(lines if len(lines) <= 4 else [*lines[:3], f"+{len(lines) - 3} more"])
+    if isinstance(v, list):
         s = json.dumps(v, separators=(",", ":"))
         return s if len(s) <= 24 else s[:23] + "…"
     return str(v)
@@ -101,7 +111,10 @@ def _bars(ax, rows, xa, metric):
                 ax.plot([j], [0], marker="X", color="tab:red", markersize=12, linestyle="none", clip_on=False)
             ax.annotate(text, (j, 0), ha="center", va="bottom", fontsize=8, xytext=(0, 8), textcoords="offset points",
                         color="tab:red" if marked else "gray", fontweight="bold" if marked else "normal")
-    ax.set_xticks(range(len(xs)), [_label(v) for v in xs] if xa else ["(single run)"])
+    labels = [_label(v) for v in xs] if xa else ["(single run)"]
+    longest = max(len(line) for lab in labels for line in lab.split("\n"))
+    # long labels (dict-valued axes such as `overrides`) shrink so that neighbours do not overlap
+    ax.set_xticks(range(len(xs)), labels, fontsize=7 if longest * len(xs) > 90 else None)
     ax.axhline(0, color="black", linewidth=0.6)
     if xa:
         ax.set_xlabel(xa)
