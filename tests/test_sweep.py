@@ -344,15 +344,14 @@ def test_resume_args_resume_when_a_checkpoint_exists(tmp_path):
 
 
 def test_workers_share_the_cores(monkeypatch):
-    from ebmlab.sweep.executors import worker_env
+    from ebmlab.sweep._common import import_root, worker_env
 
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     env = worker_env(4, base={"PATH": "/bin"})
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
     assert worker_env(16, base={})["OMP_NUM_THREADS"] == "1"  # never zero threads
     assert worker_env(2, base={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the user's setting wins
-    from ebmlab.sweep._common import import_root
-
+    assert "OMP_NUM_THREADS" not in worker_env(None, base={})  # SLURM allots the cores itself
     assert env["PYTHONPATH"].split(os.pathsep)[0] == import_root()  # workers import this ebmlab
 
 

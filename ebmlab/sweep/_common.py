@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -71,3 +72,21 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def worker_env(workers: int | None, base: dict | None = None) -> dict:
+    """The environment of a sweep's worker processes and jobs (and so of their notebooks' kernels).
+
+    This ebmlab goes first on the import path, so a sweep run from a source checkout runs the same code
+    in its workers. With ``workers`` runs at once on this machine, each gets an equal share of the cores
+    as its BLAS/OpenMP thread count (torch otherwise starts one thread per core in every worker, and N
+    workers oversubscribe the machine N-fold, which on 2 cores made each run up to 20x slower). A thread
+    count the user already set wins; ``workers=None`` (SLURM: the scheduler allots the cores) sets none.
+    """
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [import_root(), env.get("PYTHONPATH")]))
+    if workers is not None:
+        share = str(max(1, (os.cpu_count() or 1) // max(1, int(workers))))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, share)
+    return env

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ._common import SweepError, import_root, now, read_json, write_json
+from ._common import SweepError, now, read_json, worker_env, write_json
 from .runner import _pid_alive
 
 _OUTCOMES = ("completed", "failed", "diverged")
@@ -130,18 +130,22 @@ def _make_executor(executor: str, folder: Path, opts: ClusterOptions, job_name: 
 
 
 @contextlib.contextmanager
-def _job_environment():
-    """Jobs inherit this process's environment (LocalExecutor copies it, sbatch exports it): put this
-    ebmlab first on their import path, so a sweep run from a source checkout runs the same code in its jobs."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [import_root(), old]))
+def _job_environment(workers: int | None):
+    """Jobs inherit this process's environment (LocalExecutor copies it, sbatch exports it): for the
+    submission, set what :func:`worker_env` gives a worker (this ebmlab first on the import path; with
+    ``workers`` local jobs at once, each one's share of the cores as its thread count)."""
+    env = worker_env(workers)
+    keys = ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: env[k] for k in keys if k in env})
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _record_job(run_dir: Path, executor: str, job) -> None:
@@ -240,7 +244,7 @@ def run_on_cluster(plan, todo, executor: str, opts: ClusterOptions, workers: int
     submitted = {}
     if executor == "slurm":  # one job array; SLURM limits how many run at once
         try:
-            with _job_environment():
+            with _job_environment(None):
                 jobs = ex.submit_array([job_for(rid, p) for rid, p in todo])
         except Exception as e:  # sbatch refused: a partition, account or limit the cluster does not have
             raise SweepError(f"sbatch refused the job array, so nothing was submitted: {e}\nfix the --slurm-* "
@@ -260,7 +264,7 @@ def run_on_cluster(plan, todo, executor: str, opts: ClusterOptions, workers: int
     def submit(rid, p):
         if rid in submitted:
             return submitted[rid]
-        with _job_environment():
+        with _job_environment(workers if executor == "submitit-local" else None):
             job = ex.submit(job_for(rid, p))
         _record_job(plan.run_dir(rid), executor, job)
         return job

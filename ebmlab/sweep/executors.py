@@ -21,7 +21,7 @@ import sys
 import time
 from collections import Counter
 
-from ._common import Progress, SweepError, import_root, now, read_json, write_json
+from ._common import Progress, SweepError, now, read_json, worker_env, write_json
 from .cluster import ClusterOptions, check_cluster, run_on_cluster
 from .plan import SweepPlan, check_out_dir, materialize, pending_runs, plan_sweep, sweep_lock
 from .results import write_results
@@ -76,21 +76,6 @@ def _execute(plan: SweepPlan, todo, workers: int, progress: bool, timeout) -> No
             _run_in_subprocesses(plan, todo, workers, timeout, bar.done)
     finally:
         bar.close()
-
-
-def worker_env(workers: int, base: dict | None = None) -> dict:
-    """The environment of a sweep worker process (and so of its notebook's kernel).
-
-    Each of ``workers`` concurrent runs gets an equal share of the cores as its BLAS/OpenMP thread count
-    (torch otherwise starts one thread per core in every worker, and N workers oversubscribe the machine
-    N-fold, which on 2 cores made each run up to 20x slower). A thread count the user already set wins.
-    """
-    env = dict(os.environ if base is None else base)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [import_root(), env.get("PYTHONPATH")]))
-    share = str(max(1, (os.cpu_count() or 1) // max(1, int(workers))))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.setdefault(var, share)
-    return env
 
 
 def _run_in_subprocesses(plan: SweepPlan, todo, workers: int, timeout, done) -> None:
