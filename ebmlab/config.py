@@ -39,7 +39,7 @@ INITS = ("uniform", "gaussian", "data", "persistent", "buffer", "generator")
 OPTIMS = ("adam", "sgd")
 ACTIVATIONS = ("leaky_relu", "relu", "elu", "silu", "softplus", "tanh")
 FAST_PATHS = ("auto", "off", "compile", "cuda_graph")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class SamplerConfig:
     ref_sigma: float = _f(0.0, lo=0.0)  # CoopNets' Gaussian reference: adds |x|^2/(2 sigma^2) to E (0 = off)
     record_every: int = _f(1, lo=1)  # record per-step info (energy, grad norm) every k steps
     fast: str = _f("auto", choices=FAST_PATHS)  # chain-loop fast path (see ebmlab.samplers.run_chain)
-    precision: str = _f("fp32", choices=PRECISIONS)  # energy-network precision while sampling (CUDA)
+    precision: str = _f("fp32", choices=PRECISIONS)  # energy net while sampling; auto: bf16 where native
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Quality evaluation during and after training, with a dataset-specific "good enough" threshold.
 
 An :class:`Evaluator` draws ``train.eval_n`` fresh samples the way training does (the run's chain
-initialisation, without writing back, and its sampler), scores them with the dataset's metrics and
+initialisation, without writing back and without a replay buffer's restarts from noise, and its
+sampler), scores them with the dataset's metrics and
 says whether the quality threshold behind ``time_to_quality`` is met:
 
 - toy targets: grid KL(p_true ‖ p_model) and sample MMD; threshold ``toy_kl <= TOY_KL_THRESHOLD``.
@@ -29,13 +30,13 @@ class Evaluator:
         self.cfg, self.data, self.chunk = cfg, data, chunk
 
     def draw(self, net, init, n: int, seed: int) -> torch.Tensor:
-        """n samples from ``init`` (no write-back) run through the configured sampler."""
+        """n samples from ``init.draw_samples`` (no write-back, no restarts) through the configured sampler."""
         gen = torch.Generator(self.data.train.device).manual_seed(seed)
         # chunks no larger than a training batch, so a bank that serves training serves this too
         chunk = min(self.chunk, self.cfg.train.batch_size)
         out = []
         for i in range(0, n, chunk):
-            x0, _ = init.draw(min(chunk, n - i), gen)
+            x0 = init.draw_samples(min(chunk, n - i), gen)
             out.append(sample(net, self.cfg.sampler, x0, gen).x)
         return torch.cat(out)
 

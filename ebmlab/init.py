@@ -6,6 +6,10 @@ Every initialiser has the same three calls::
     info = init.update(ctx, x_final)         # write back (persistent bank, replay buffer, generator)
     init.state_dict() / init.load_state_dict(d)   # saved with checkpoints
 
+and one for drawing the trained model's samples (evaluation, figures, sampler comparisons)::
+
+    x0 = init.draw_samples(n, generator)     # like draw, without training-only restarts
+
 - ``uniform``: U(−s, s) with s = ``init.noise_scale`` (ebm-anatomy, short_run: fresh noise each time).
 - ``gaussian``: s·N(0, I).
 - ``data``: random training points plus ``init.data_noise`` Gaussian noise (contrastive-divergence style).
@@ -37,6 +41,10 @@ class ChainInit:
 
     def draw(self, n: int, generator: torch.Generator | None = None):
         raise NotImplementedError
+
+    def draw_samples(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Starting points for the model's samples: ``draw`` without the training-only exploration."""
+        return self.draw(n, generator)[0]
 
     def update(self, ctx, x_final: torch.Tensor) -> dict:
         return {}
@@ -95,16 +103,24 @@ class ReplayBuffer(ChainInit):
         self.size, self.reinit_prob, self.scale = size, reinit_prob, scale
         self.bank = _uniform((size, *self.sample_shape), generator, self.device, scale)
 
-    def draw(self, n, generator=None):
+    def _pick(self, n, generator):
         if n > self.size:
             raise ValueError(f"batch of {n} chains is larger than the bank (init.buffer_size={self.size})")
-        idx = torch.randperm(self.size, generator=generator, device=self.device)[:n]
+        return torch.randperm(self.size, generator=generator, device=self.device)[:n]
+
+    def draw(self, n, generator=None):
+        idx = self._pick(n, generator)
         x = self.bank[idx]
         if self.reinit_prob > 0:
             fresh = _uniform(x.shape, generator, self.device, self.scale)
             restart = torch.rand(n, generator=generator, device=self.device) < self.reinit_prob
             x = torch.where(restart.view((-1,) + (1,) * (x.dim() - 1)), fresh, x)
         return x, idx
+
+    def draw_samples(self, n, generator=None):
+        # The bank is the model's sample set. A restarted chain is noise plus one iteration's steps: it
+        # keeps training exploring, but scoring it would cap every quality figure at 1 - reinit_prob.
+        return self.bank[self._pick(n, generator)].clone()
 
     def update(self, idx, x_final):
         self.bank[idx] = x_final.detach().to(self.bank.dtype)

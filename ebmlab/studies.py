@@ -354,8 +354,8 @@ def compare_samplers(run: Run, samplers: dict[str, dict | SamplerConfig], n: int
     samplers: {label: SamplerConfig or sampler.* overrides of the run's sampler} (e.g.
     :func:`matched_samplers`). Every sampler runs ``n_steps`` steps (default: the run's ``sampler.n_steps``),
     i.e. the same number of energy-gradient evaluations, from ``x0`` [n, ...] when given, else from ``n``
-    draws of the run's own chain initialisation with the same seed (no write-back). Quality comes from the
-    dataset's evaluator (:func:`ebmlab.evaluate.make_evaluator`; None skips it), plus
+    draws of the run's own chain initialisation with the same seed (``draw_samples``: no write-back).
+    Quality comes from the dataset's evaluator (:func:`ebmlab.evaluate.make_evaluator`; None skips it), plus
     ``pairwise_diversity`` and, for MALA, ``acceptance``.
     """
     from .evaluate import make_evaluator
@@ -365,7 +365,7 @@ def compare_samplers(run: Run, samplers: dict[str, dict | SamplerConfig], n: int
         evaluator = make_evaluator(run.cfg, run.data)
     if x0 is None:
         gen = torch.Generator(run.device).manual_seed(seed)
-        x0, _ = run.init.draw(n, gen)
+        x0 = run.init.draw_samples(n, gen)
     x0 = x0.to(run.device)
     out = {}
     for label, s in samplers.items():
@@ -398,7 +398,7 @@ def quality_vs_steps(run: Run, steps, n: int = 1000, seed: int = 0, sampler: Sam
     if evaluator == "auto":
         evaluator = make_evaluator(run.cfg, run.data)
     gen = torch.Generator(run.device).manual_seed(seed)
-    x0, _ = run.init.draw(n, gen)
+    x0 = run.init.draw_samples(n, gen)
     res = sample(run.net, sampler or run.cfg.sampler, x0, gen, n_steps=max(steps), snapshot_steps=steps)
     metrics = {}
     for s in steps:

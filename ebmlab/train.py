@@ -37,6 +37,7 @@ from .rundir import (
     write_json,
 )
 from .samplers import sample
+from .samplers.fast import resolve_precision
 
 # Settings that may change when a run is resumed (they do not alter the maths of past iterations).
 RESUMABLE_CHANGES = {"train.iterations", "train.log_every", "train.checkpoint_every", "train.sample_every",
@@ -92,9 +93,10 @@ class Run:
 
     def sample(self, n: int | None = None, sampler=None, n_steps: int | None = None, seed: int = 0,
                snapshot_steps=()):
-        """Fresh samples from the run's initialisation (no write-back) with its sampler (or another)."""
+        """Fresh samples from the run's initialisation (``init.draw_samples``: no write-back, no restarts)
+        with its sampler (or another)."""
         gen = torch.Generator(self.device).manual_seed(seed)
-        x0, _ = self.init.draw(n or self.cfg.train.batch_size, gen)
+        x0 = self.init.draw_samples(n or self.cfg.train.batch_size, gen)
         return sample(self.net, sampler or self.cfg.sampler, x0, gen, n_steps, snapshot_steps)
 
     @property
@@ -179,7 +181,8 @@ def train(cfg: Config, out_dir, resume: bool = False, overwrite: bool = False, e
         truncate_jsonl(rd.metrics, start)
 
     summary = {"status": "running", "iterations_done": start, "iterations": cfg.train.iterations,
-               "wall_seconds": wall_before, "device": str(device), "time_to_quality": ttq}
+               "wall_seconds": wall_before, "device": str(device),
+               "sampler_precision": resolve_precision(cfg.sampler.precision, device.type), "time_to_quality": ttq}
     write_json(rd.summary, summary)
     setup_s = time.perf_counter() - t0
     tc = cfg.train

@@ -103,6 +103,22 @@ def test_bf16_keeps_fp32_samples_close_to_fp32():
     assert (a.x - b.x).abs().max() < 0.1 * step  # bf16 has 8 mantissa bits: close, not equal
 
 
+def test_auto_precision_is_bf16_exactly_where_the_hardware_has_it(monkeypatch):
+    net = conv_net(sn=False)
+    x0 = torch.rand(4, 1, 28, 28) * 2 - 1
+    bf = sample(net, cfg_for("sgld", fast="auto", precision="bf16"), x0, torch.Generator().manual_seed(0))
+    fp = sample(net, cfg_for("sgld", fast="auto", precision="fp32"), x0, torch.Generator().manual_seed(0))
+    for native, same_as in [(True, bf), (False, fp)]:
+        monkeypatch.setattr(fastpath, "native_bf16", lambda device_type, native=native: native)
+        assert fastpath.resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+        auto = sample(net, cfg_for("sgld", fast="auto", precision="auto"), x0, torch.Generator().manual_seed(0))
+        assert auto.path == same_as.path and torch.equal(auto.x, same_as.x)
+    assert fastpath.resolve_precision("fp32", "cpu") == "fp32"  # explicit choices are kept as given
+    assert fastpath.resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="sampler.precision"):
+        fastpath.resolve_precision("fp16", "cpu")
+
+
 def test_compile_path_matches_plain():
     """One real compile (tiny MLP, MALA: the kernel with the most state) against the plain loop."""
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ from ebmlab.metrics import toy_kl
 from ebmlab.nets import build_energy
 from ebmlab.presets import get_preset
 from ebmlab.rundir import read_jsonl
+from ebmlab.samplers.fast import resolve_precision
 from ebmlab.train import train
 
 
@@ -90,6 +91,7 @@ def test_quick_mnist5k_writes_run_folder(tmp_path):
         assert (out / f).exists(), f
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "completed" and s["iterations_done"] == 3 and s["wall_seconds"] > 0
+    assert s["sampler_precision"] == resolve_precision(cfg.sampler.precision, "cpu")
     recs = read_jsonl(out / "metrics.jsonl")
     assert [r["iteration"] for r in recs] == [1, 2, 3]
     assert {"iteration", "d", "r", "e_pos", "e_neg", "lr", "wall"} <= recs[0].keys()
@@ -134,3 +136,19 @@ def test_eval_records_time_to_quality(tmp_path):
     good = [r for r in evals if r["toy_kl"] <= 0.15]
     assert ttq == ({"iteration": good[0]["iteration"], "wall_seconds": good[0]["wall"]} if good else None)
     assert evals[-1]["toy_kl"] < evals[0]["toy_kl"]
+
+
+def test_model_samples_start_from_the_bank_without_restarts():
+    """Evaluation draws chains from the bank; only training's draws restart some of them from noise."""
+    from ebmlab.init import ReplayBuffer
+
+    buf = ReplayBuffer((1, 4, 4), "cpu", size=50, reinit_prob=1.0, generator=torch.Generator().manual_seed(0))
+    buf.bank = torch.arange(50.0).view(50, 1, 1, 1).expand(50, 1, 4, 4).clone() + 10  # far outside U(-1, 1)
+    x_train, idx = buf.draw(20, torch.Generator().manual_seed(1))
+    assert x_train.abs().max() <= 1  # reinit_prob 1: every training chain restarted from noise
+    x = buf.draw_samples(20, torch.Generator().manual_seed(1))
+    assert torch.equal(x, buf.bank[idx])  # the same chains, untouched
+    x[0] = 0
+    assert buf.bank.min() >= 10  # a copy: sampling from it never writes back
+    with pytest.raises(ValueError, match="larger than the bank"):
+        buf.draw_samples(51)

@@ -36,7 +36,10 @@ they differ only by floating-point rounding (channels_last and compiled kernels 
 
 ``precision="bf16"``: the energy network runs under ``torch.autocast(bfloat16)`` (CPU and CUDA), its
 gradient and the samples stay fp32; recorded energies are bf16-accurate. On CPUs without AVX512-BF16 or
-AMX this is slower, not faster.
+AMX this is slower, not faster. ``precision="auto"`` takes bf16 where the hardware computes it natively
+(:func:`native_bf16`: a CPU with AVX512-BF16 or AMX, a CUDA GPU of compute capability 8.0 or later) and
+fp32 elsewhere, so the same config is fast on every machine; the price is that its chains are
+bf16-rounded on some machines and not on others (:func:`resolve_precision` says which a run used).
 
 Nothing inside the loop reads a tensor value on the host: records go into preallocated device tensors,
 step counters and snapshot tests are Python ints (``tests/test_fast_path.py`` runs the loop under a
@@ -112,14 +115,39 @@ def prefers_channels_last(base) -> bool:
     return isinstance(base, (VanillaNet, NonLocalNet))
 
 
+def native_bf16(device_type: str) -> bool:
+    """Whether ``device_type`` ("cpu" or "cuda") computes bf16 matrix products in hardware."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+    if device_type != "cpu":
+        return False
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(p is not None for p in probes):  # torch's own CPU feature probes (private, present since 2.1)
+        return any(p() for p in probes if p is not None)
+    try:  # pragma: no cover - older torch: read the CPU flags
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """The precision ``sampler.precision`` gives on ``device_type``: "fp32" or "bf16"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"sampler.precision: {precision!r} is not allowed; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device_type) else "fp32"
+    return precision
+
+
 def make_plan(fast: str, precision: str, energy_fn, x0: torch.Tensor, n_steps: int) -> Plan:
     """The path ``fast`` asks for, resolved for this device, network and input (deterministically, so the
     same seed on the same machine gives the same chain)."""
     if fast not in FAST_PATHS:
         raise ValueError(f"sampler.fast: {fast!r} is not allowed; choose one of {', '.join(FAST_PATHS)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"sampler.precision: {precision!r} is not allowed; choose one of {', '.join(PRECISIONS)}")
     dev = x0.device.type
+    precision = resolve_precision(precision, dev)
     autocast = None
     if precision == "bf16":
         if dev in ("cpu", "cuda"):
