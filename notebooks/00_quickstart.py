@@ -40,7 +40,7 @@
 # again in the same `out_dir` loads the trained model instead of training again; after a disconnect it
 # resumes from the last checkpoint.
 #
-# **Settings.** By default the preset trains its full length (`quick-mnist5k`: 2,000 iterations, about 3.5
+# **Settings.** By default the preset trains its full length (`quick-mnist5k`: 3,000 iterations, about 4.5
 # minutes on 2 CPU cores; `iterations = 200` gives a first look in 20 seconds); `preset = "quick-gmm8"`
 # is the toy 2D target; `overrides = {"data.name": "mnist"}` uses full MNIST (downloaded by torchvision).
 
@@ -67,7 +67,7 @@ out_dir: str = "runs/00_quickstart"  # in Colab with Drive mounted: the Drive ru
 seed: int = 0
 device: str = "auto"  # "auto": CUDA when present
 smoke: bool = False  # shrink everything so the notebook runs in seconds (tests)
-iterations: int = 0  # training iterations (0: the preset length; quick-mnist5k: 2,000, ~3.5 min on 2 cores)
+iterations: int = 0  # training iterations (0: the preset length; quick-mnist5k: 3,000, ~4.5 min on 2 cores)
 eval_every: int = 0  # evaluate sample quality every k iterations (0: the preset's, or 5 times in a shorter run)
 eval_n: int = 500  # samples per evaluation (the thresholds of ebmlab.evaluate were set at 1,000)
 n_samples: int = 500  # samples per sampler for the quality metrics (1000 is the reporting convention)
