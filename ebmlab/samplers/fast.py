@@ -49,6 +49,7 @@ dispatch mode that fails on any device-to-host read).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 import weakref
@@ -115,6 +116,7 @@ def prefers_channels_last(base) -> bool:
     return isinstance(base, (VanillaNet, NonLocalNet))
 
 
+@functools.cache  # asked once per chain; the hardware does not change
 def native_bf16(device_type: str) -> bool:
     """Whether ``device_type`` ("cpu" or "cuda") computes bf16 matrix products in hardware."""
     if device_type == "cuda":
