@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from .config import SamplerConfig
 from .samplers import sample
+from .samplers.fast import for_traces
 
 # ---------------------------------------------------------------------------------------------
 # ebm-anatomy's d / r correlation diagnostic
@@ -308,12 +309,13 @@ def long_run(net: nn.Module, sampler_cfg: SamplerConfig, x0: torch.Tensor, n_ste
     """Run the trained model's sampler ``n_steps`` from ``x0`` [B, ...] (not modified) and watch it.
 
     Uses :func:`ebmlab.samplers.sample` (same kernel, same settings as training unless ``sampler_cfg``
-    says otherwise), records energy and gradient norm every ``sampler_cfg.record_every`` steps, keeps
+    says otherwise; ``precision="auto"`` runs in fp32, see :func:`ebmlab.samplers.fast.for_traces`), records energy and gradient norm every ``sampler_cfg.record_every`` steps, keeps
     samples at :func:`log_spaced_steps` and evaluates ``quality_fn(samples [B, ...]) -> {name: value}``
     on each snapshot (on the chains' device). ebm-anatomy runs 100,000 MALA/Langevin steps; thousands
     already separate convergent from non-convergent models.
     """
     snaps = log_spaced_steps(n_steps, n_snapshots)
+    sampler_cfg = for_traces(sampler_cfg)  # precision auto -> fp32: the verdict reads the energy trace
     res = sample(net, sampler_cfg, x0, generator, n_steps=n_steps, snapshot_steps=snaps)
     quality = {s: {k: float(v) for k, v in quality_fn(res.snapshots[s]).items()} for s in snaps} if quality_fn else {}
     images = x0.dim() >= 3

@@ -54,6 +54,7 @@ from .init import ChainInit, DataInit, GaussianInit, ReplayBuffer, UniformInit
 from .nets import build_energy
 from .rundir import RunDir, atomic_write_bytes, load_checkpoint, read_json, write_json
 from .samplers import energy_and_grad, energy_function, sampling_mode
+from .samplers.fast import for_traces
 
 SAMPLERS = ("sgld", "langevin", "sgd", "mala")
 INITS = ("uniform", "gaussian", "data", "persistent")
@@ -269,7 +270,7 @@ def sampler_config(base: SamplerConfig, sampler: str, step_size: float, noise: f
     elif sampler == "langevin":
         # The noise added is ε√T; T is set so that it equals σ.
         over["sampler.temperature"] = 1.0 if noise is None else (float(noise) / step_size) ** 2
-    return Config(sampler=base).with_overrides(over).sampler
+    return for_traces(Config(sampler=base).with_overrides(over).sampler)  # the curves need fp32 energies
 
 
 def update_terms(cfg: SamplerConfig) -> tuple[float, float]:

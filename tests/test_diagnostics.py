@@ -5,6 +5,7 @@ autocorrelation, Sokal's variance of a windowed integrated-autocorrelation-time 
 F distribution of split R-hat for i.i.d. normal draws.
 """
 
+import dataclasses
 import json
 import math
 
@@ -278,3 +279,22 @@ def test_plot_anatomy_diagnostics(tmp_path):
     fig = plot_anatomy_diagnostics(recs, path=tmp_path / "anatomy.png", title="iid")
     assert len(fig.axes) == 4 and (tmp_path / "anatomy.png").stat().st_size > 0
     plot_anatomy_diagnostics(anatomy_diagnostic(recs, max_lag=5), path=tmp_path / "a2.png")
+
+
+def test_long_run_records_fp32_energies_under_auto_precision(monkeypatch):
+    """precision auto would sample in bf16 on this hardware; a long run's energy trace must not be rounded."""
+    from ebmlab.samplers import fast as fastpath
+
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device_type: True)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.SiLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 1),
+                        nn.Flatten(0))
+    with torch.no_grad():
+        net[-2].bias.fill_(200.0)  # |E| ~ 200: bf16 would round energies to whole numbers
+    cfg = SamplerConfig(name="sgld", step_size=0.01, noise=0.01, n_steps=3, precision="auto")
+    x0 = torch.rand(5, 1, 8, 8) * 2 - 1
+    res = long_run(net, cfg, x0, 3, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(res.energy[0], net(x0), atol=1e-4)  # fp32: matches to the last digits
+    assert fastpath.for_traces(cfg).precision == "fp32"
+    assert fastpath.for_traces(dataclasses.replace(cfg, precision="bf16")).precision == "bf16"  # kept as asked

@@ -49,6 +49,7 @@ dispatch mode that fails on any device-to-host read).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import warnings
@@ -141,6 +142,15 @@ def resolve_precision(precision: str, device_type: str) -> str:
     if precision == "auto":
         return "bf16" if native_bf16(device_type) else "fp32"
     return precision
+
+
+def for_traces(cfg):
+    """``cfg`` (a SamplerConfig) with ``precision="auto"`` made fp32, for tools that read energy traces.
+
+    bf16 rounds the recorded energies to 8 significant bits (steps of 1 at |E| ~ 200), too coarse for the
+    explorer's curves or a long run's ESS/R-hat; an explicit ``"bf16"`` is the user's choice and is kept.
+    """
+    return dataclasses.replace(cfg, precision="fp32") if cfg.precision == "auto" else cfg
 
 
 def make_plan(fast: str, precision: str, energy_fn, x0: torch.Tensor, n_steps: int) -> Plan:
