@@ -125,13 +125,14 @@ print(f"wrote {paths['figure']} and {paths['metrics']}")
 # - **noise** on `sgld`: up to about 0.1 the chains end at the same energy, because the gradient step
 #   dominates; at 0.3 the digits are speckled and many chains end as 8-like shapes. Untick *noise on*
 #   for plain gradient descent (`sgd` gives the same chains).
-# - **step size**: with small steps (0.1) the chains are still blobs of strokes after 100 steps; large ones
-#   (10) reach clean, saturated digits within about 5 steps, at an energy below the held-out digits'.
+# - **step size**: with small steps (0.1) strokes appear only after about 20 steps and are still rough at
+#   100; large ones (10) reach saturated, ragged digit shapes within about 5 steps.
 # - **steps**: the model was trained with 10-step chains continued from a replay buffer, so from fresh
 #   noise it needs more (about 20 at step 1); past a few hundred steps the energy keeps falling below
 #   the data's and the strokes thicken.
 # - **start from** `data`: do real digits stay digits under the sampler, or drift? (ebm-anatomy's test
-#   of whether a model learned a density or only a short-run sampler.)
+#   of whether a model learned a density or only a short-run sampler. On the shipped model they hold for a
+#   few tens of steps; by 500 many have thinned into 1s while the energy falls below the data's.)
 # - **fresh chains**: new starting points and noise (the next seed).
 #
 # Widgets need a live kernel: under papermill, or in a static view of the notebook on GitHub, the panel
