@@ -309,8 +309,9 @@ def long_run(net: nn.Module, sampler_cfg: SamplerConfig, x0: torch.Tensor, n_ste
     """Run the trained model's sampler ``n_steps`` from ``x0`` [B, ...] (not modified) and watch it.
 
     Uses :func:`ebmlab.samplers.sample` (same kernel, same settings as training unless ``sampler_cfg``
-    says otherwise; ``precision="auto"`` runs in fp32, see :func:`ebmlab.samplers.fast.for_traces`), records energy and gradient norm every ``sampler_cfg.record_every`` steps, keeps
-    samples at :func:`log_spaced_steps` and evaluates ``quality_fn(samples [B, ...]) -> {name: value}``
+    says otherwise; ``precision="auto"`` runs in fp32, see :func:`ebmlab.samplers.fast.for_traces`),
+    records energy and gradient norm every ``sampler_cfg.record_every`` steps, keeps samples at
+    :func:`log_spaced_steps` and evaluates ``quality_fn(samples [B, ...]) -> {name: value}``
     on each snapshot (on the chains' device). ebm-anatomy runs 100,000 MALA/Langevin steps; thousands
     already separate convergent from non-convergent models.
     """

@@ -2,8 +2,8 @@
 
 An :class:`Evaluator` draws ``train.eval_n`` fresh samples the way training does (the run's chain
 initialisation, without writing back and without a replay buffer's restarts from noise, and its
-sampler), scores them with the dataset's metrics and
-says whether the quality threshold behind ``time_to_quality`` is met:
+sampler), scores them with the dataset's metrics and says whether the quality threshold behind
+``time_to_quality`` is met:
 
 - toy targets: grid KL(p_true ‖ p_model) and sample MMD; threshold ``toy_kl <= TOY_KL_THRESHOLD``.
 - digits (``mnist5k``, ``mnist``): the shipped LeNet's metrics (:mod:`ebmlab.metrics.digits`) against the

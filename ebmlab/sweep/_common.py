@@ -74,6 +74,9 @@ class Progress:
         self.bar.close()
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # the BLAS/OpenMP thread counts a worker gets
+
+
 def worker_env(workers: int | None, base: dict | None = None) -> dict:
     """The environment of a sweep's worker processes and jobs (and so of their notebooks' kernels).
 
@@ -87,6 +90,6 @@ def worker_env(workers: int | None, base: dict | None = None) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [import_root(), env.get("PYTHONPATH")]))
     if workers is not None:
         share = str(max(1, (os.cpu_count() or 1) // max(1, int(workers))))
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        for var in THREAD_VARS:
             env.setdefault(var, share)
     return env

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ._common import SweepError, now, read_json, worker_env, write_json
+from ._common import THREAD_VARS, SweepError, now, read_json, worker_env, write_json
 from .runner import _pid_alive
 
 _OUTCOMES = ("completed", "failed", "diverged")
@@ -135,7 +135,7 @@ def _job_environment(workers: int | None):
     submission, set what :func:`worker_env` gives a worker (this ebmlab first on the import path; with
     ``workers`` local jobs at once, each one's share of the cores as its thread count)."""
     env = worker_env(workers)
-    keys = ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    keys = ("PYTHONPATH", *THREAD_VARS)
     old = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: env[k] for k in keys if k in env})
     try:
